@@ -101,7 +101,7 @@ def load_model(
     start = time.perf_counter()
     key = str(name_or_path)
     if key in EMBEDDED_MODELS:
-        folder = _embedded_folder(EMBEDDED_MODELS[key])
+        folder = embedded_model_folder(key)
     elif Path(key).expanduser().is_dir():
         folder = Path(key).expanduser()
     elif allow_network:
@@ -159,8 +159,11 @@ def _load_hf(source: str, *, dtype: torch.dtype, device: str | torch.device) -> 
     return hf_model, tokenizer
 
 
-def _embedded_folder(model: EmbeddedModel) -> Path:
+def embedded_model_folder(name: str = DEFAULT_MODEL) -> Path:
     """Return the safetensors folder of an embedded model, converting its GGUF on first use."""
+    if name not in EMBEDDED_MODELS:
+        raise ModelLoadError(f"unknown embedded model {name!r}: use one of {sorted(EMBEDDED_MODELS)}")
+    model = EMBEDDED_MODELS[name]
     try:
         importlib.metadata.distribution(model.distribution)
     except importlib.metadata.PackageNotFoundError:

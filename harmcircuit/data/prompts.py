@@ -98,6 +98,42 @@ class PromptSet(Sequence[Example]):
         test = [e for e in self.examples if _split_fraction(e.id, seed) < test_fraction]
         return PromptSet(train, name=f"{self.name}/train"), PromptSet(test, name=f"{self.name}/test")
 
+    def stratified_split(
+        self, test_fraction: float = 0.5, seed: int = 0, min_per_category: int = 2
+    ) -> tuple["PromptSet", "PromptSet"]:
+        """Split each category into (train, test) with exact proportions, by a hash of each id.
+
+        Within a category, examples are ordered by the hash and the first
+        ``round(test_fraction * n)`` go to test, with at least one example on each side.
+        Raises DataError for a category with fewer than ``min_per_category`` examples.
+        """
+        if not 0.0 < test_fraction < 1.0:
+            raise DataError(f"test_fraction must be in (0, 1), got {test_fraction}")
+        min_per_category = max(2, min_per_category)
+        train_ids: set[str] = set()
+        for category, count in self.category_counts().items():
+            if count < min_per_category:
+                raise DataError(
+                    f"category {category!r} of {self.name!r} has {count} examples; at least "
+                    f"{min_per_category} are needed to split it, so drop it or add examples"
+                )
+            members = [e for e in self.examples if (e.category or "uncategorised") == category]
+            members.sort(key=lambda e: _split_fraction(e.id, seed))
+            n_test = min(count - 1, max(1, round(test_fraction * count)))
+            train_ids.update(e.id for e in members[n_test:])
+        train = [e for e in self.examples if e.id in train_ids]
+        test = [e for e in self.examples if e.id not in train_ids]
+        return PromptSet(train, name=f"{self.name}/train"), PromptSet(test, name=f"{self.name}/test")
+
+    def cap_per_category(self, n: int, seed: int = 0) -> "PromptSet":
+        """Keep at most ``n`` examples per category, chosen by a hash of the id (deterministic)."""
+        kept: set[str] = set()
+        for category in self.category_counts():
+            members = [e for e in self.examples if (e.category or "uncategorised") == category]
+            members.sort(key=lambda e: _split_fraction(e.id, seed + 1))
+            kept.update(e.id for e in members[:n])
+        return PromptSet((e for e in self.examples if e.id in kept), name=self.name)
+
     def take(self, n: int) -> "PromptSet":
         """Keep the first ``n`` examples."""
         return PromptSet(self.examples[:n], name=self.name)
