@@ -263,3 +263,41 @@ def verify_cache_folder(folder: Path) -> str | None:
         if _file_digest(path) != expected["blake2b"]:
             return f"{name} does not match its recorded checksum"
     return None
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """Return a SHA-256 hex digest of a model's config, tokenizer and every weight value.
+
+    Accepts a ``TransformerBridge`` (its ``original_model`` contains the parameters) or a plain
+    Hugging Face model. Every parameter is hashed in full, because pruning zeroes a few
+    hundred scattered weights in place and a sample of the values would miss them. This
+    reads each parameter once (0.9 s for SmolLM2-135M-Instruct on a 2-core CPU) and copies
+    GPU parameters to the CPU one at a time. Hooks on the bridge are not part of it.
+    """
+    hf_model = getattr(model, "original_model", model)
+    digest = hashlib.sha256()
+
+    config = getattr(hf_model, "config", None)
+    config_dict = config.to_dict() if config is not None else {}
+    # The loading path records where the weights came from, not what they are, so one
+    # checkpoint loaded by embedded name or by folder path gets one fingerprint.
+    config_dict.pop("_name_or_path", None)
+    identity: dict[str, object] = {"config": config_dict}
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is not None:
+        identity["tokenizer"] = {
+            "vocab_size": len(tokenizer),
+            "chat_template": getattr(tokenizer, "chat_template", None),
+            "special_tokens": getattr(tokenizer, "special_tokens_map", None),
+        }
+    digest.update(json.dumps(identity, sort_keys=True, default=str).encode())
+
+    with torch.no_grad():
+        for name, parameter in hf_model.named_parameters():
+            header = f"{name}:{tuple(parameter.shape)}:{parameter.dtype}"
+            digest.update(header.encode())
+            flat = parameter.detach().reshape(-1)
+            # Hash the raw bytes as unsigned integers, which numpy accepts for every float dtype.
+            as_bytes = flat.view(torch.uint8).cpu().contiguous().numpy()
+            digest.update(as_bytes.data)
+    return digest.hexdigest()
