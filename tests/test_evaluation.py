@@ -57,7 +57,7 @@ SEQUENCES = [
 ]
 
 
-@pytest.mark.parametrize("batch_size", [1, 2, 16])
+@pytest.mark.parametrize("batch_size", [1, 16])
 def test_score_sequences_matches_full_forward(tiny_model, batch_size):
     starts = [3, 4, 2, 3, 5]
     result = score_sequences(
@@ -77,7 +77,7 @@ def test_score_sequences_matches_full_forward(tiny_model, batch_size):
         )
 
 
-@pytest.mark.parametrize("batch_size", [1, 3, 5, 16])
+@pytest.mark.parametrize("batch_size", [1, 3, 16])
 def test_score_sequences_groups_match_full_forward(tiny_model, batch_size):
     # Groups with prefixes of different lengths, and one group with no common prefix.
     sequences = [
@@ -337,7 +337,7 @@ def test_recognition_auroc_and_empty_sets(tiny_model):
         recognition_eval(tiny_model, harmful, PromptSet([]), progress=False)
 
 
-def test_recognition_default_shots_in_query(tiny_tokenizer):
+def test_format_query_turns(tiny_tokenizer):
     text = format_query(tiny_tokenizer, "w1 w2", [("first request", True), ("second", False)])
     assert text.count("<|im_start|> user") == 3
     assert text.count("<|im_start|> assistant") == 3
@@ -358,7 +358,7 @@ class RecordingJudge:
         ]
 
 
-def test_generation_eval_with_fake_judge(tiny_model, tmp_path):
+def test_generation_eval_with_fake_judge(tiny_model):
     prompts = PromptSet([Example(f"g{i}", f"w{i} w{i + 5}") for i in range(4)], name="gen")
     judge = RecordingJudge()
     result = generation_eval(

@@ -70,7 +70,7 @@ def score_sequences(
     ``next_token_ids``). ``groups`` labels sequences that share a prefix, such as the four
     choices of one question; without it all sequences form one group. The shared prefix
     of a group is its longest common token prefix, cut at the group's first scored
-    position. Each batch holds at most ``batch_size`` sequences, plus one prefix row per
+    position. Each batch contains at most ``batch_size`` sequences, plus one prefix row per
     group in it. Runs under ``torch.inference_mode()``, so nothing here builds a graph.
     """
     _check_inputs(sequences, score_from, groups, batch_size)
@@ -209,7 +209,7 @@ def _run_prefixes(
     device: torch.device,
 ) -> _Prefixes:
     width = max(unit.shared for unit in batch)
-    d_model = hf_model.config.hidden_size
+    d_model = int(hf_model.config.hidden_size)  # type: ignore[union-attr, arg-type]
     if width == 0:
         return _Prefixes(None, torch.zeros(len(batch), d_model, device=device), 0)
 

@@ -88,9 +88,9 @@ def generation_eval(
 ) -> GenerationResult:
     """Generate greedy responses after ``prefill`` and judge the continuations.
 
-    The judge sees only the text after the prefill: the prefill is written by the attacker,
-    not chosen by the model, and its affirmative words ("Sure, here is") would otherwise
-    look like compliance to any judge. ``judge`` defaults to ``RefusalJudge()``, which
+    The judge receives only the text after the prefill. The attacker writes the prefill and
+    the model does not choose it, and its affirmative words ("Sure, here is") would
+    otherwise look like compliance to any judge. ``judge`` defaults to ``RefusalJudge()``, which
     labels refusal and compliance by keywords, not harm. With ``cache_dir``, responses are
     cached by ``generate_responses``, whose key includes a fingerprint of the model.
     """
