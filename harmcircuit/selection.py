@@ -261,6 +261,49 @@ def top_units(
     ]
 
 
+def top_k_outside(
+    scores: Mapping[str, Tensor],
+    excluded: WeightSelection,
+    k: int | None = None,
+    fraction: float | None = None,
+    scope: str = "global",
+    direction: str = "negative",
+) -> WeightSelection:
+    """Select the top ``k`` weights as ``top_k`` does, among those not in ``excluded``.
+
+    Unlike ``set_difference``, which can shrink a top-k set (even to nothing when the top harm
+    weights all rank high on benign scores too), this always returns ``k`` weights (or the
+    ``fraction`` of all candidates) when enough weights lie outside ``excluded``. Excluded
+    weights are moved to the far end of the ranking on a copy of the scores.
+    """
+    _check_direction(direction)
+    worst = {"negative": math.inf, "positive": -math.inf, "absolute": 0.0}[direction]
+    names = _check_scores(scores)
+    n_candidates = sum(scores[name].numel() for name in names)
+    total = _resolve_count(k, fraction, n_candidates)
+    if total > n_candidates - len(excluded):
+        raise SelectionError(
+            f"cannot select {total} weights outside an exclusion of {len(excluded)} among "
+            f"{n_candidates}; lower k or the excluded fraction"
+        )
+    masked_scores = {}
+    for name in names:
+        score = scores[name]
+        if name in excluded.indices:
+            score = score.clone()
+            score.view(-1)[excluded.indices[name].to(score.device)] = worst
+        masked_scores[name] = score
+    selection = top_k(masked_scores, k=total, scope=scope, direction=direction)
+    overlap = selection & excluded
+    if not overlap.is_empty():
+        # Only possible with scope="matrix" when a matrix has fewer free weights than its share.
+        raise SelectionError(
+            f"{len(overlap)} selected weights fall inside the exclusion with scope={scope!r}; "
+            "use scope='global' or a smaller exclusion"
+        )
+    return selection
+
+
 # Set difference and controls
 
 

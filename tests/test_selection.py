@@ -323,3 +323,49 @@ def test_expected_jaccard_edge_cases():
     assert expected_jaccard(a, b, n) == pytest.approx(approximation, rel=1e-2)
     with pytest.raises(SelectionError):
         expected_jaccard(11, 4, 10)
+
+
+def _random_scores(seed: int) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return {
+        "model.layers.0.self_attn.q_proj": torch.randn(6, 5, generator=generator),
+        "model.layers.0.mlp.down_proj": torch.randn(4, 7, generator=generator),
+        "model.layers.1.self_attn.o_proj": torch.randn(5, 5, generator=generator),
+    }
+
+
+@pytest.mark.parametrize("direction", ["negative", "positive"])
+def test_top_k_outside_matches_reference(direction):
+    from harmcircuit.selection import top_k_outside
+
+    scores = _random_scores(11)
+    excluded = top_k({n: s.abs() for n, s in scores.items()}, k=12, direction="positive")
+    chosen = top_k_outside(scores, excluded, k=9, direction=direction)
+
+    # Reference: rank every weight outside the exclusion in Python and take the first nine.
+    candidates = []
+    for name, score in scores.items():
+        banned = set(excluded.indices.get(name, torch.empty(0, dtype=torch.long)).tolist())
+        for position, value in enumerate(score.flatten().tolist()):
+            if position not in banned:
+                candidates.append((value if direction == "negative" else -value, name, position))
+    candidates.sort()
+    expected: dict[str, list[int]] = {}
+    for _, name, position in candidates[:9]:
+        expected.setdefault(name, []).append(position)
+
+    assert len(chosen) == 9
+    assert (chosen & excluded).is_empty()
+    assert {n: sorted(i.tolist()) for n, i in chosen.indices.items()} == {
+        n: sorted(p) for n, p in expected.items()
+    }
+
+
+def test_top_k_outside_rejects_impossible_count():
+    from harmcircuit.selection import SelectionError, top_k_outside
+
+    scores = _random_scores(12)
+    n_total = sum(s.numel() for s in scores.values())
+    excluded = top_k(scores, k=n_total - 3, direction="positive")
+    with pytest.raises(SelectionError, match="cannot select 4 weights"):
+        top_k_outside(scores, excluded, k=4)

@@ -28,7 +28,12 @@ from harmcircuit.evaluation.recognition import (
     recognition_eval,
 )
 from harmcircuit.evaluation.stats import Estimate, bootstrap_ci
-from harmcircuit.evaluation.utility import factual_accuracy, mmlu_cloze
+from harmcircuit.evaluation.utility import (
+    factual_accuracy,
+    factual_correct,
+    mmlu_cloze,
+    mmlu_correct,
+)
 
 __all__ = [
     "DEFAULT_PREFILL",
@@ -46,9 +51,11 @@ __all__ = [
     "bootstrap_ci",
     "degenerate_reason",
     "factual_accuracy",
+    "factual_correct",
     "generation_eval",
     "make_shots",
     "mmlu_cloze",
+    "mmlu_correct",
     "recognition_eval",
     "response_nll",
     "score_sequences",

@@ -19,24 +19,22 @@ MMLU_CHANCE = 0.25
 FACTUAL_CHANCE = 0.5
 
 
-def factual_accuracy(
+def factual_correct(
     model: TransformerBridge,
     pairs: Sequence[StatementPair],
     *,
     length_normalised: bool = True,
     batch_size: int = 16,
     progress: bool = True,
-) -> Estimate:
-    """Measure how often the true statement of a pair outscores the false one (chance 0.5).
+) -> list[bool]:
+    """Return, per pair, whether the true statement outscores the false one.
 
     Each statement is tokenised as plain text (no chat template) after the BOS token and
     scored by its mean log-probability per token, or by the total over its tokens with
     ``length_normalised=False``. Totals favour the shorter statement: in the 200 pairs of
     ``load_factual_pairs`` most true statements are longer than their false partners, and
     SmolLM2-135M-Instruct scores 24% by total against 69% per token. Ties count as wrong.
-    The interval is a bootstrap over pairs.
     """
-    start_time = time.perf_counter()
     if len(pairs) == 0:
         raise DataError("no statement pairs to score; pass at least one StatementPair")
     tokenizer = model.tokenizer
@@ -54,8 +52,26 @@ def factual_accuracy(
         [float(v.mean() if length_normalised else v.sum()) for v in logprobs]
     )
     correct = statement_scores[0::2] > statement_scores[1::2]  # [pairs]: true beats false
+    return [bool(value) for value in correct]
 
-    estimate = Estimate.from_values(correct.astype(float))
+
+def factual_accuracy(
+    model: TransformerBridge,
+    pairs: Sequence[StatementPair],
+    *,
+    length_normalised: bool = True,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> Estimate:
+    """Measure how often the true statement of a pair outscores the false one (chance 0.5).
+
+    Scoring as in ``factual_correct``; the interval is a bootstrap over pairs.
+    """
+    start_time = time.perf_counter()
+    correct = factual_correct(
+        model, pairs, length_normalised=length_normalised, batch_size=batch_size, progress=progress
+    )
+    estimate = Estimate.from_values(np.array(correct, dtype=float))
     logger.info(
         "factual accuracy %s (chance %.2f) in %.1f s",
         estimate,
@@ -65,6 +81,27 @@ def factual_accuracy(
     return estimate
 
 
+def mmlu_correct(
+    model: TransformerBridge,
+    items: Sequence[MultipleChoice],
+    *,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> list[bool]:
+    """Return, per MMLU item, whether cloze scoring picks the right answer.
+
+    The context is ``MMLU_PROMPT`` as plain text after BOS; each choice is appended as
+    ``" " + choice`` and scored by its mean log-probability per token (length
+    normalisation). The choice with the highest mean is the prediction, and ties go to the
+    first. Each question's context runs once for its four choices, and ``batch_size``
+    counts choices, so 16 scores four questions per forward pass.
+    """
+    if len(items) == 0:
+        raise DataError("no MMLU items to score; pass at least one MultipleChoice")
+    means = choice_mean_logprobs(model, items, batch_size=batch_size, progress=progress)
+    return [int(np.argmax(m)) == item.answer for m, item in zip(means, items, strict=True)]
+
+
 def mmlu_cloze(
     model: TransformerBridge,
     items: Sequence[MultipleChoice],
@@ -72,24 +109,13 @@ def mmlu_cloze(
     batch_size: int = 16,
     progress: bool = True,
 ) -> Estimate:
-    """Measure MMLU accuracy scored as cloze (chance 0.25).
+    """Measure MMLU accuracy scored as cloze (chance 0.25), as in ``mmlu_correct``.
 
-    The context is ``MMLU_PROMPT`` as plain text after BOS; each choice is appended as
-    ``" " + choice`` and scored by its mean log-probability per token (length
-    normalisation). The choice with the highest mean is the prediction, and ties go to the
-    first. Each question's context runs once for its four choices, and ``batch_size``
-    counts choices, so 16 scores four questions per forward pass. The interval is a
-    bootstrap over items.
+    The interval is a bootstrap over items.
     """
     start_time = time.perf_counter()
-    if len(items) == 0:
-        raise DataError("no MMLU items to score; pass at least one MultipleChoice")
-    means = choice_mean_logprobs(model, items, batch_size=batch_size, progress=progress)
-    correct = np.array(
-        [float(int(np.argmax(m)) == item.answer) for m, item in zip(means, items, strict=True)]
-    )
-
-    estimate = Estimate.from_values(correct)
+    correct = mmlu_correct(model, items, batch_size=batch_size, progress=progress)
+    estimate = Estimate.from_values(np.array(correct, dtype=float))
     logger.info(
         "MMLU cloze accuracy %s (chance %.2f) in %.1f s",
         estimate,

@@ -1,0 +1,96 @@
+"""Settings of a pipeline run, with the quick and default presets."""
+
+from dataclasses import asdict, dataclass, field, replace
+
+DEFAULT_SPARSITIES = (1e-6, 5e-6, 2e-5, 1e-4, 1e-3)
+QUICK_SPARSITIES = (5e-6, 1e-4)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines a run's numbers. Two runs with equal configs give equal metrics.
+
+    Sparsities are fractions of the scored weights (the decoder's q, k, v, o, gate, up and down
+    matrices) in each harm set: the most harmful weights outside the top ``benign_fraction``
+    of the benign scores.
+    """
+
+    model: str = "smollm2-135m-instruct"
+    harmful: tuple[str, ...] = ("harmbench", "strongreject")
+    benign: tuple[str, ...] = ("builtin", "aplomb")
+    sparsities: tuple[float, ...] = DEFAULT_SPARSITIES
+    # The sparsity whose sets get the expensive evaluations (generation, recognition, MMLU).
+    headline_sparsity: float = 5e-6
+    # Set difference: harm sets never contain weights in this top fraction of the benign scores.
+    benign_fraction: float = 0.01
+    scope: str = "global"
+    seed: int = 0
+    prefill: str = "Sure, here is"
+    # Sizes of the data and the evaluations.
+    harmful_per_category: int = 20
+    benign_per_category: int = 12
+    test_fraction: float = 0.5
+    response_tokens: int = 48
+    generation_prompts: int = 40
+    generation_tokens: int = 40
+    factual_pairs: int = 64
+    mmlu_items: int = 57
+    recognition_per_class: int = 30
+    transfer_categories: int = 4
+    bootstrap_resamples: int = 1000
+    batch_size: int = 8
+    quick: bool = False
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        value = asdict(self)
+        for key, item in value.items():
+            if isinstance(item, tuple):
+                value[key] = list(item)
+        return value
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first impossible setting."""
+        for sparsity in self.sparsities:
+            if not 0.0 < sparsity <= 1.0:
+                raise ValueError(f"sparsity {sparsity} is outside (0, 1]; use e.g. 5e-6")
+        if not self.sparsities:
+            raise ValueError("no sparsities given; pass at least one, e.g. --sparsities 5e-6")
+        if self.headline_sparsity not in self.sparsities:
+            raise ValueError(
+                f"headline sparsity {self.headline_sparsity} is not among the sparsities "
+                f"{list(self.sparsities)}; add it"
+            )
+        if not 0.0 <= self.benign_fraction < 1.0:
+            raise ValueError(f"benign fraction {self.benign_fraction} is outside [0, 1)")
+        if self.scope not in ("global", "matrix"):
+            raise ValueError(f"scope must be 'global' or 'matrix', got {self.scope!r}")
+        if not self.harmful:
+            raise ValueError("no harmful datasets given; pass e.g. --harmful harmbench")
+        if not self.benign:
+            raise ValueError("no benign datasets given; pass e.g. --benign builtin")
+
+
+def quick_config(**overrides) -> RunConfig:
+    """A preset that runs in about 3 minutes on a 2-core CPU: fewer examples and sparsities."""
+    settings = dict(
+        sparsities=QUICK_SPARSITIES,
+        headline_sparsity=5e-6,
+        harmful_per_category=6,
+        benign_per_category=4,
+        response_tokens=32,
+        generation_prompts=12,
+        generation_tokens=24,
+        factual_pairs=32,
+        mmlu_items=0,
+        recognition_per_class=12,
+        transfer_categories=3,
+        bootstrap_resamples=500,
+        quick=True,
+    )
+    settings.update(overrides)
+    return RunConfig(**settings)
+
+
+def default_config(**overrides) -> RunConfig:
+    return replace(RunConfig(), **overrides)
