@@ -35,14 +35,17 @@ def _fractions(text: str) -> tuple[float, ...]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="harmcircuit",
-        description="Find, prune and inspect the weights a language model uses for harmful content.",
+        description="Find, prune and inspect the weights that a language model uses to "
+        "generate harmful content.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser(
         "run",
         help="run the whole pipeline and write report.html, metrics.json and masks.safetensors",
     )
-    run.add_argument("--model", default="smollm2-135m-instruct", help="embedded model name or local folder")
+    run.add_argument(
+        "--model", default="smollm2-135m-instruct", help="embedded model name or local folder"
+    )
     run.add_argument(
         "--harmful",
         type=_names,
@@ -72,13 +75,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--benign-fraction",
         type=float,
         default=0.01,
-        help="set difference: drop harm weights in this top fraction of benign scores (default: 0.01)",
+        help="set difference: harm sets exclude this top fraction of the benign scores "
+        "(default: 0.01)",
     )
-    run.add_argument("--scope", choices=("global", "matrix"), default="global", help="rank weights globally or per matrix")
+    run.add_argument(
+        "--scope",
+        choices=("global", "matrix"),
+        default="global",
+        help="rank weights globally or per matrix",
+    )
     run.add_argument("--seed", type=int, default=0, help="seed for splits, controls and bootstrap")
-    run.add_argument("--quick", action="store_true", help="small preset: about 3 minutes on 2 CPU cores")
+    run.add_argument(
+        "--quick", action="store_true", help="small preset: about 3 minutes on 2 CPU cores"
+    )
     run.add_argument("--out", default=None, help="run folder (default: runs/YYYYmmdd-HHMMSS)")
-    run.add_argument("--resume", action="store_true", help="continue a run in --out, reusing its cached stages")
+    run.add_argument(
+        "--resume", action="store_true", help="continue a run in --out, reusing its cached stages"
+    )
     run.add_argument("--force", action="store_true", help="delete the contents of --out first")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
     run.add_argument("-v", "--verbose", action="store_true", help="log debug messages")

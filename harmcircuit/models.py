@@ -153,7 +153,8 @@ def _load_hf(source: str, *, dtype: torch.dtype, device: str | torch.device) -> 
             f"failed to load model from {source!r}: {error}. "
             "Check the folder holds config.json, weights and tokenizer files"
         ) from error
-    hf_model.to(device)
+    module: torch.nn.Module = hf_model
+    module.to(torch.device(device))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return hf_model, tokenizer
@@ -162,7 +163,9 @@ def _load_hf(source: str, *, dtype: torch.dtype, device: str | torch.device) -> 
 def embedded_model_folder(name: str = DEFAULT_MODEL) -> Path:
     """Return the safetensors folder of an embedded model, converting its GGUF on first use."""
     if name not in EMBEDDED_MODELS:
-        raise ModelLoadError(f"unknown embedded model {name!r}: use one of {sorted(EMBEDDED_MODELS)}")
+        raise ModelLoadError(
+            f"unknown embedded model {name!r}: use one of {sorted(EMBEDDED_MODELS)}"
+        )
     model = EMBEDDED_MODELS[name]
     try:
         importlib.metadata.distribution(model.distribution)
@@ -226,7 +229,9 @@ def _convert_gguf(gguf_path: Path, folder: Path) -> None:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    logger.info("converted %s in %.1f s into %s", gguf_path.name, time.perf_counter() - start, folder)
+    logger.info(
+        "converted %s in %.1f s into %s", gguf_path.name, time.perf_counter() - start, folder
+    )
 
 
 def _file_digest(path: Path) -> str:

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from conftest import build_tiny_llama
 from safetensors import safe_open
 
 from harmcircuit import cli
@@ -12,8 +13,6 @@ from harmcircuit.pipeline import weights as weights_module
 from harmcircuit.pipeline.config import quick_config
 from harmcircuit.pipeline.run import run_pipeline
 from harmcircuit.pipeline.store import RunFolderError
-
-from conftest import build_tiny_llama
 
 
 def tiny_config(**overrides):

@@ -96,7 +96,9 @@ class PromptSet(Sequence[Example]):
             raise DataError(f"test_fraction must be in (0, 1), got {test_fraction}")
         train = [e for e in self.examples if _split_fraction(e.id, seed) >= test_fraction]
         test = [e for e in self.examples if _split_fraction(e.id, seed) < test_fraction]
-        return PromptSet(train, name=f"{self.name}/train"), PromptSet(test, name=f"{self.name}/test")
+        return PromptSet(train, name=f"{self.name}/train"), PromptSet(
+            test, name=f"{self.name}/test"
+        )
 
     def stratified_split(
         self, test_fraction: float = 0.5, seed: int = 0, min_per_category: int = 2
@@ -123,7 +125,9 @@ class PromptSet(Sequence[Example]):
             train_ids.update(e.id for e in members[n_test:])
         train = [e for e in self.examples if e.id in train_ids]
         test = [e for e in self.examples if e.id not in train_ids]
-        return PromptSet(train, name=f"{self.name}/train"), PromptSet(test, name=f"{self.name}/test")
+        return PromptSet(train, name=f"{self.name}/train"), PromptSet(
+            test, name=f"{self.name}/test"
+        )
 
     def cap_per_category(self, n: int, seed: int = 0) -> "PromptSet":
         """Keep at most ``n`` examples per category, chosen by a hash of the id (deterministic)."""

@@ -33,7 +33,9 @@ def check_claims(conditions: dict, transfer: dict, config: RunConfig) -> list[di
         _unified(transfer),
         _distinct(harm),
         _recognition(harm, unpruned),
-        _not_tested("Alignment compresses harm", "needs a base and an instruct model of one family"),
+        _not_tested(
+            "Alignment compresses harm", "needs a base and an instruct model of one family"
+        ),
         _not_tested("Explains emergent misalignment", "needs narrow harmful fine-tuning"),
         _not_tested("Knowledge survives", "needs fine-tuning the pruned model on harmful examples"),
     ]

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from harmcircuit.data import PromptSet, load_factual_pairs, load_mmlu, stratified_subset
+from harmcircuit.data import load_factual_pairs, load_mmlu, stratified_subset
 from harmcircuit.evaluation import (
     RefusalJudge,
     factual_correct,
@@ -71,10 +71,12 @@ def evaluate_core(context: EvaluationContext, name: str, selection: WeightSelect
 
     def compute() -> dict:
         model = context.masked.model
-        options = dict(batch_size=config.batch_size, progress=context.progress)
+        batch_size, progress = config.batch_size, context.progress
         with context.applied(selection):
-            harmful = response_nll(model, data.harmful_test, **options)
-            benign = response_nll(model, data.benign_test, **options)
+            harmful = response_nll(
+                model, data.harmful_test, batch_size=batch_size, progress=progress
+            )
+            benign = response_nll(model, data.benign_test, batch_size=batch_size, progress=progress)
             pairs = load_factual_pairs()[: config.factual_pairs]
             factual = factual_correct(
                 model, pairs, batch_size=config.batch_size * 2, progress=context.progress
@@ -129,9 +131,12 @@ def evaluate_headline(
             benign = data.benign_test.take(config.recognition_per_class)
             # Shots come from the train splits, so no shot is also an evaluated request.
             shots = make_shots(data.harmful_train, data.benign_train, n_each=2)
-            options = dict(shots=shots, progress=context.progress)
-            versus_benign = recognition_eval(model, harmful, benign, **options)
-            versus_overrefusal = recognition_eval(model, harmful, data.overrefusal, **options)
+            versus_benign = recognition_eval(
+                model, harmful, benign, shots=shots, progress=context.progress
+            )
+            versus_overrefusal = recognition_eval(
+                model, harmful, data.overrefusal, shots=shots, progress=context.progress
+            )
             mmlu = None
             if config.mmlu_items > 0:
                 items = stratified_subset(load_mmlu(), config.mmlu_items, seed=config.seed)
@@ -185,7 +190,7 @@ def evaluate_transfer(context: EvaluationContext, sets: WeightSets) -> dict:
     """
     categories = sorted(sets.category_sets)
     test_by_category = {c: context.data.harmful_test.filter(c) for c in categories}
-    options = dict(batch_size=context.config.batch_size, progress=False)
+    batch_size = context.config.batch_size
     key = stable_hash(
         {
             "model": context.fingerprint,
@@ -201,17 +206,21 @@ def evaluate_transfer(context: EvaluationContext, sets: WeightSets) -> dict:
     )
 
     def nll_by_category(selection: WeightSelection | None) -> dict[str, float]:
+        model = context.masked.model
         with context.applied(selection):
             return {
-                c: float(np.mean(response_nll(context.masked.model, test, **options).nll))
+                c: float(
+                    np.mean(response_nll(model, test, batch_size=batch_size, progress=False).nll)
+                )
                 for c, test in test_by_category.items()
             }
 
     def compute() -> dict:
-        result = {"categories": categories, "unpruned": nll_by_category(None), "sets": {}}
+        per_set: dict[str, dict] = {}
+        result = {"categories": categories, "unpruned": nll_by_category(None), "sets": per_set}
         for category in categories:
             logger.info("cross-category transfer: pruning the set found on %s", category)
-            result["sets"][category] = {
+            per_set[category] = {
                 "harm": nll_by_category(sets.selections[f"category:{category}"]),
                 "control": nll_by_category(sets.selections[f"control:{category}"]),
             }

@@ -1,6 +1,7 @@
 """Settings of a pipeline run, with the quick and default presets."""
 
 from dataclasses import asdict, dataclass, field, replace
+from typing import Any
 
 DEFAULT_SPARSITIES = (1e-6, 5e-6, 2e-5, 1e-4, 1e-3)
 QUICK_SPARSITIES = (5e-6, 1e-4)
@@ -73,7 +74,7 @@ class RunConfig:
 
 def quick_config(**overrides) -> RunConfig:
     """A preset that runs in about 3 minutes on a 2-core CPU: fewer examples and sparsities."""
-    settings = dict(
+    settings: dict[str, Any] = dict(
         sparsities=QUICK_SPARSITIES,
         headline_sparsity=5e-6,
         harmful_per_category=6,

@@ -60,7 +60,10 @@ def _prefix_categories(prompts: PromptSet, source: str) -> PromptSet:
 
 
 def load_run_prompts(config: RunConfig) -> tuple[PromptSet, PromptSet, PromptSet, PromptSet]:
-    """Load, cap and split the harmful and benign sets: (harmful train, test, benign train, test)."""
+    """Load, cap and split the harmful and benign sets.
+
+    Returns (harmful train, harmful test, benign train, benign test).
+    """
     harmful = _load_sources(config.harmful, config.harmful_per_category, config.seed, "harmful")
     benign = _load_sources(config.benign, config.benign_per_category, config.seed, "benign")
     harmful_train, harmful_test = harmful.stratified_split(
@@ -96,12 +99,6 @@ def prepare_data(
     ``config.prefill``); benign prompts are answered plainly. Greedy decoding throughout.
     """
     harmful_train, harmful_test, benign_train, benign_test = splits
-    options = dict(
-        max_new_tokens=config.response_tokens,
-        batch_size=config.batch_size * 2,
-        cache_dir=cache_dir,
-        progress=progress,
-    )
     logger.info(
         "generating responses: %d harmful (prefill %r), %d benign",
         len(harmful_train) + len(harmful_test),
@@ -110,8 +107,19 @@ def prepare_data(
     )
     harmful_all = PromptSet.concat([harmful_train, harmful_test], name="harmful")
     benign_all = PromptSet.concat([benign_train, benign_test], name="benign")
-    harmful_answered = generate_responses(model, harmful_all, prefill=config.prefill, **options)
-    benign_answered = generate_responses(model, benign_all, **options)
+    answered_sets = [
+        generate_responses(
+            model,
+            prompts,
+            prefill=prefill,
+            max_new_tokens=config.response_tokens,
+            batch_size=config.batch_size * 2,
+            cache_dir=cache_dir,
+            progress=progress,
+        )
+        for prompts, prefill in ((harmful_all, config.prefill), (benign_all, None))
+    ]
+    harmful_answered, benign_answered = answered_sets
     harmful_by_id = {e.id: e for e in harmful_answered}
     benign_by_id = {e.id: e for e in benign_answered}
 

@@ -14,7 +14,12 @@ def estimate(values, config: RunConfig, salt: int = 0) -> dict:
     """Mean of ``values`` with a percentile bootstrap 95% interval over examples."""
     array = np.asarray(values, dtype=np.float64)
     low, high = bootstrap_ci(array, n_resamples=config.bootstrap_resamples, seed=config.seed + salt)
-    return {"value": float(array.mean()), "low": float(low), "high": float(high), "n": int(len(array))}
+    return {
+        "value": float(array.mean()),
+        "low": float(low),
+        "high": float(high),
+        "n": int(len(array)),
+    }
 
 
 def paired_difference(values, reference, config: RunConfig) -> dict:

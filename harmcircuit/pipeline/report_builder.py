@@ -99,8 +99,7 @@ def _curve_rows(metrics: dict) -> list[dict]:
         }
         for key in CURVE_METRICS:
             if key in entry:
-                value = entry[key]
-                row[key] = value["accuracy"] if "accuracy" in value else value
+                row[key] = entry[key].get("accuracy", entry[key])
         rows.append(row)
     return rows
 
@@ -152,8 +151,11 @@ def _add_transfer(report: Report, transfer: dict) -> None:
         )
     report.add_figure(
         "Overlap of per-category harm sets",
-        overlap_heatmap(np.array(transfer["jaccard"]), np.array(transfer["expected_jaccard"]), labels),
-        caption="Observed Jaccard index beside the index expected for random sets of the same sizes.",
+        overlap_heatmap(
+            np.array(transfer["jaccard"]), np.array(transfer["expected_jaccard"]), labels
+        ),
+        caption="Observed Jaccard index beside the index expected for random sets of the "
+        "same sizes.",
     )
 
 
@@ -218,7 +220,8 @@ def _add_generations(report: Report, metrics: dict) -> None:
             "harm_set": row["harm set"],
             "random_control": row["random control"],
             "verdicts": {
-                label: row[f"{label} verdict"] for label in ("unpruned", "harm set", "random control")
+                label: row[f"{label} verdict"]
+                for label in ("unpruned", "harm set", "random control")
             },
         }
         for row in metrics["generations"]

@@ -142,7 +142,7 @@ def run_pipeline(
     seconds = time.perf_counter() - start
     # Timings vary between runs, so they live apart from metrics.json.
     atomic_write_json(folder / "timings.json", {**timings, "total": seconds})
-    summary = summary_lines(metrics["claims"])
+    summary = summary_lines(claims)
     return RunResult(folder, metrics, summary, seconds)
 
 
@@ -156,7 +156,8 @@ def _generation_examples(evaluations: dict, config: RunConfig) -> list[dict]:
         "random control": control_set_name(config.headline_sparsity),
     }
     by_condition = {
-        label: evaluations[name]["headline"]["generation"]["responses"] for label, name in names.items()
+        label: evaluations[name]["headline"]["generation"]["responses"]
+        for label, name in names.items()
     }
     rows = []
     for index, record in enumerate(by_condition["unpruned"]):

@@ -1,11 +1,12 @@
 """Pipeline stage 3 and 4: importance scores, harm-specific weight sets and random controls."""
 
 import gc
+import json
 import logging
 from dataclasses import dataclass
 
 from harmcircuit.data import PromptSet
-from harmcircuit.masks import MaskedModel, WeightSelection, load_selection, save_selection
+from harmcircuit.masks import MaskedModel, WeightSelection, load_selections, save_selections
 from harmcircuit.pipeline.config import RunConfig
 from harmcircuit.pipeline.store import RunStore, stable_hash
 from harmcircuit.scoring import attribute, snip
@@ -79,17 +80,17 @@ def select_weight_sets(
     cached = store.load_json("weight_sets", key)
     if cached is not None:
         logger.info("stage weight_sets: reusing cached selections")
-        selections = {
-            name: load_selection(store.path(file_name), masked)
-            for name, file_name in cached["files"].items()
-        }
-        return WeightSets(selections, cached["category_sets"], cached["statistics"])
+        cached_selections = load_selections(store.path(cached["file"]), masked)
+        return WeightSets(cached_selections, cached["category_sets"], cached["statistics"])
 
-    options = dict(batch_size=config.batch_size, progress=progress)
     logger.info("scoring: unsigned SNIP on %d benign pairs", len(benign_train))
-    benign_scores = snip(masked, benign_train, signed=False, **options)
+    benign_scores = snip(
+        masked, benign_train, signed=False, batch_size=config.batch_size, progress=progress
+    )
     logger.info("scoring: signed SNIP on %d harmful pairs", len(harmful_train))
-    harm_scores = snip(masked, harmful_train, signed=True, **options)
+    harm_scores = snip(
+        masked, harmful_train, signed=True, batch_size=config.batch_size, progress=progress
+    )
 
     selections: dict[str, WeightSelection] = {}
     statistics: dict = {"n_scored_weights": masked.n_scored_weights, "sets": {}}
@@ -104,7 +105,9 @@ def select_weight_sets(
         control = random_like(harm_set, seed=config.seed + index)
         selections[harm_set_name(sparsity)] = harm_set
         selections[control_set_name(sparsity)] = control
-        same_size_benign = top_k(benign_scores, k=len(raw), scope=config.scope, direction="positive")
+        same_size_benign = top_k(
+            benign_scores, k=len(raw), scope=config.scope, direction="positive"
+        )
         statistics["sets"][harm_set_name(sparsity)] = {
             "sparsity": sparsity,
             "n_weights": len(harm_set),
@@ -133,7 +136,7 @@ def select_weight_sets(
     for category in transfer_categories(harmful_train, config.transfer_categories):
         subset = harmful_train.filter(category)
         logger.info("scoring: signed SNIP on category %s (%d pairs)", category, len(subset))
-        scores = snip(masked, subset, signed=True, **options)
+        scores = snip(masked, subset, signed=True, batch_size=config.batch_size, progress=progress)
         name = f"category:{category}"
         selections[name] = top_k_outside(
             scores,
@@ -149,14 +152,12 @@ def select_weight_sets(
     del benign_scores
     gc.collect()
 
-    files = {}
-    for number, (name, selection) in enumerate(selections.items()):
-        file_name = f"selection-{number:02d}.safetensors"
-        save_selection(store.path(file_name), selection, masked, metadata={"name": name})
-        files[name] = file_name
-    value = {"files": files, "category_sets": category_sets, "statistics": statistics}
+    file_name = f"selections-{key[:16]}.safetensors"
+    save_selections(store.path(file_name), selections, masked)
+    value = {"file": file_name, "category_sets": category_sets, "statistics": statistics}
     store.save_json("weight_sets", key, value)
-    return WeightSets(selections, category_sets, store.load_json("weight_sets", key)["statistics"])
+    # Statistics go through JSON, so that a fresh and a resumed run report identical values.
+    return WeightSets(selections, category_sets, json.loads(json.dumps(statistics)))
 
 
 def unit_attributions(
@@ -183,8 +184,8 @@ def unit_attributions(
             scores = attribute(
                 masked, pairs, level="both", batch_size=config.batch_size, progress=progress
             )
+            assert scores.head is not None and scores.neuron is not None
             result[label] = {"head": scores.head.tolist(), "neuron": scores.neuron.tolist()}
         return result
 
     return store.cached_json("attribution", key, compute)
-
