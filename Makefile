@@ -24,7 +24,7 @@ demo: install
 	$(BIN)/harmcircuit run --out $(DEMO_OUT) --resume
 
 lint: install
-	$(BIN)/ruff check harmcircuit tests benchmarks experiments
+	$(BIN)/ruff check harmcircuit tests $(wildcard benchmarks experiments)
 	$(BIN)/mypy harmcircuit
 
 test: lint
