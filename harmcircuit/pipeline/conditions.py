@@ -30,7 +30,7 @@ UNPRUNED = "unpruned"
 
 @dataclass
 class EvaluationContext:
-    """What every condition's evaluation needs; built once per run."""
+    """Model, data and run folder shared by every condition's evaluation."""
 
     masked: MaskedModel
     store: RunStore

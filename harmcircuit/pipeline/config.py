@@ -73,7 +73,7 @@ class RunConfig:
 
 
 def quick_config(**overrides) -> RunConfig:
-    """A preset that runs in about 3 minutes on a 2-core CPU: fewer examples and sparsities."""
+    """Return the small preset: fewer examples, sparsities and evaluations than the default."""
     settings: dict[str, Any] = dict(
         sparsities=QUICK_SPARSITIES,
         headline_sparsity=5e-6,

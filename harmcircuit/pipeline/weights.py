@@ -97,6 +97,8 @@ def select_weight_sets(
     benign_top = top_k(
         benign_scores, fraction=config.benign_fraction, scope=config.scope, direction="positive"
     )
+    # NOTE: the harm set is the top-k outside the benign top fraction, not the literal
+    # "top-k minus benign", which was empty on SmolLM2-135M-Instruct at small sparsities.
     for index, sparsity in enumerate(config.sparsities):
         raw = top_k(harm_scores, fraction=sparsity, scope=config.scope, direction="negative")
         harm_set = top_k_outside(
