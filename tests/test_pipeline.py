@@ -53,6 +53,7 @@ def test_run_writes_outputs(tiny_run):
         assert (out / name).is_file(), name
     leftovers = [p.name for p in out.rglob(".*") if p.is_file()]
     assert leftovers == []
+    assert "harm set at" in (out / "run.log").read_text()
 
 
 def test_metrics_structure_is_consistent(tiny_run):

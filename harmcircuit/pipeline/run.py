@@ -43,12 +43,18 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def _log_to_file(folder: Path) -> logging.Handler:
+def _log_to_file(folder: Path) -> tuple[logging.Handler, int]:
+    """Copy harmcircuit's INFO messages into ``run.log``; return the handler and the old level."""
     handler = logging.FileHandler(folder / "run.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.INFO)
-    logging.getLogger("harmcircuit").addHandler(handler)
-    return handler
+    package_logger = logging.getLogger("harmcircuit")
+    previous_level = package_logger.level
+    # Without a configured root logger (a notebook, pytest) INFO would be dropped before the file.
+    if previous_level == logging.NOTSET or previous_level > logging.INFO:
+        package_logger.setLevel(logging.INFO)
+    package_logger.addHandler(handler)
+    return handler, previous_level
 
 
 def run_pipeline(
@@ -81,7 +87,7 @@ def run_pipeline(
     folder = Path(out)
     store = RunStore(folder)
     store.open(config.to_dict(), resume=resume, force=force)
-    handler = _log_to_file(folder)
+    handler, previous_level = _log_to_file(folder)
     try:
         torch.manual_seed(config.seed)
         masked = MaskedModel(model)
@@ -137,7 +143,9 @@ def run_pipeline(
         _write_outputs(folder, metrics, sets, masked, data)
         timings["report"] = time.perf_counter() - stage_start
     finally:
-        logging.getLogger("harmcircuit").removeHandler(handler)
+        package_logger = logging.getLogger("harmcircuit")
+        package_logger.removeHandler(handler)
+        package_logger.setLevel(previous_level)
         handler.close()
     seconds = time.perf_counter() - start
     # Timings vary between runs, so they live apart from metrics.json.
