@@ -82,6 +82,8 @@ def _model_device(module: nn.Module) -> torch.device:
 def _apply_final_softcap(hf_model: nn.Module, logits: Tensor) -> Tensor:
     # Gemma 2 caps its logits after lm_head; Hugging Face applies the cap in the causal-LM
     # forward, which this fast path does not call.
+    # NOTE: other post-processing in a causal-LM forward (such as a logit scale factor) is not
+    # applied; the equality with the full logits is tested for Llama models only.
     cap = getattr(hf_model.config, "final_logit_softcapping", None)
     if cap is None:
         return logits
