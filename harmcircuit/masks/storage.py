@@ -111,6 +111,7 @@ def _atomic_save(tensors: dict[str, Tensor], metadata: dict[str, str], path: Pat
     os.close(handle)
     try:
         save_file(tensors, temporary, metadata=metadata)
+        os.chmod(temporary, 0o644)  # mkstemp creates 0600; mask files are meant to be shared
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
