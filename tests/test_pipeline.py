@@ -54,6 +54,10 @@ def test_run_writes_outputs(tiny_run):
     leftovers = [p.name for p in out.rglob(".*") if p.is_file()]
     assert leftovers == []
     assert "harm set at" in (out / "run.log").read_text()
+    # Outputs are written through private (0600) temporary files, but the results must be
+    # readable by others, as the report is.
+    for name in ("report.html", "metrics.json", "masks.safetensors", "timings.json"):
+        assert (out / name).stat().st_mode & 0o777 == 0o644, name
 
 
 def test_metrics_structure_is_consistent(tiny_run):
@@ -220,3 +224,9 @@ def test_quick_run_on_embedded_model(tmp_path, capsys):
     assert 'src="http' not in report
     for claim in metrics["claims"]:
         assert claim["held"] in (True, False, None)
+
+
+@pytest.mark.parametrize("name", ["batch_size", "generation_batch_size"])
+def test_config_rejects_empty_batches(name):
+    with pytest.raises(ValueError, match=f"{name} must be at least 1, got 0"):
+        tiny_config(**{name: 0}).validate()

@@ -104,6 +104,7 @@ def evaluate_headline(
                 config.prefill,
                 config.generation_prompts,
                 config.generation_tokens,
+                config.generation_batch_size,
                 config.mmlu_items,
                 config.recognition_per_class,
                 config.seed,
@@ -124,7 +125,7 @@ def evaluate_headline(
                 prefill=config.prefill,
                 judge=RefusalJudge(),
                 max_new_tokens=config.generation_tokens,
-                batch_size=config.batch_size * 2,
+                batch_size=config.generation_batch_size,
                 progress=context.progress,
             )
             harmful = data.harmful_test.take(config.recognition_per_class)

@@ -27,19 +27,22 @@ class RunConfig:
     scope: str = "global"
     seed: int = 0
     prefill: str = "Sure, here is"
-    # Sizes of the data and the evaluations.
-    harmful_per_category: int = 20
-    benign_per_category: int = 12
+    # Sizes of the data and the evaluations. They set the run time, which the README gives
+    # for a 2-core CPU. Larger values narrow the confidence intervals.
+    harmful_per_category: int = 10
+    benign_per_category: int = 8
     test_fraction: float = 0.5
-    response_tokens: int = 48
-    generation_prompts: int = 40
-    generation_tokens: int = 40
+    response_tokens: int = 32
+    generation_prompts: int = 24
+    generation_tokens: int = 32
     factual_pairs: int = 64
     mmlu_items: int = 57
-    recognition_per_class: int = 30
+    recognition_per_class: int = 24
     transfer_categories: int = 4
     bootstrap_resamples: int = 1000
     batch_size: int = 8
+    # Prompts per batch when generating. Decoding gains more from wide batches than scoring.
+    generation_batch_size: int = 32
     quick: bool = False
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -66,6 +69,9 @@ class RunConfig:
             raise ValueError(f"benign fraction {self.benign_fraction} is outside [0, 1)")
         if self.scope not in ("global", "matrix"):
             raise ValueError(f"scope must be 'global' or 'matrix', got {self.scope!r}")
+        for name in ("batch_size", "generation_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not self.harmful:
             raise ValueError("no harmful datasets given; pass e.g. --harmful harmbench")
         if not self.benign:
@@ -77,15 +83,15 @@ def quick_config(**overrides) -> RunConfig:
     settings: dict[str, Any] = dict(
         sparsities=QUICK_SPARSITIES,
         headline_sparsity=5e-6,
-        harmful_per_category=6,
-        benign_per_category=4,
-        response_tokens=32,
-        generation_prompts=12,
-        generation_tokens=24,
-        factual_pairs=32,
+        harmful_per_category=4,
+        benign_per_category=3,
+        response_tokens=16,
+        generation_prompts=8,
+        generation_tokens=16,
+        factual_pairs=16,
         mmlu_items=0,
-        recognition_per_class=12,
-        transfer_categories=3,
+        recognition_per_class=8,
+        transfer_categories=2,
         bootstrap_resamples=500,
         quick=True,
     )

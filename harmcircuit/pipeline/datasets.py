@@ -113,7 +113,7 @@ def prepare_data(
             prompts,
             prefill=prefill,
             max_new_tokens=config.response_tokens,
-            batch_size=config.batch_size * 2,
+            batch_size=config.generation_batch_size,
             cache_dir=cache_dir,
             progress=progress,
         )
