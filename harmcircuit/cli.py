@@ -4,6 +4,7 @@ import argparse
 import logging
 import sys
 from datetime import datetime
+from pathlib import Path
 
 from harmcircuit.pipeline.config import DEFAULT_SPARSITIES, default_config, quick_config
 
@@ -149,11 +150,11 @@ def _run(arguments: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             progress=not arguments.no_progress,
         )
     except KeyboardInterrupt:
-        print(
-            f"harmcircuit: interrupted; finished stages are cached in {out}: "
-            "rerun with --resume to continue",
-            file=sys.stderr,
-        )
+        if (Path(out) / "run.json").is_file():
+            message = f"finished stages are cached in {out}, so rerun with --resume to continue"
+        else:
+            message = f"nothing was written to {out} yet"
+        print(f"harmcircuit: interrupted; {message}", file=sys.stderr)
         return 130
     except (ValueError, RuntimeError, OSError) as error:
         if arguments.verbose:

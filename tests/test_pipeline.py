@@ -10,6 +10,7 @@ from harmcircuit import cli
 from harmcircuit.masks import load_selections
 from harmcircuit.pipeline import conditions as conditions_module
 from harmcircuit.pipeline import weights as weights_module
+from harmcircuit.pipeline.claims import _fmt_rate, summary_lines
 from harmcircuit.pipeline.config import quick_config
 from harmcircuit.pipeline.run import run_pipeline
 from harmcircuit.pipeline.store import RunFolderError
@@ -230,3 +231,63 @@ def test_quick_run_on_embedded_model(tmp_path, capsys):
 def test_config_rejects_empty_batches(name):
     with pytest.raises(ValueError, match=f"{name} must be at least 1, got 0"):
         tiny_config(**{name: 0}).validate()
+
+
+def test_force_keeps_foreign_folder(tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a run")
+    with pytest.raises(RunFolderError, match="only clears folders of earlier runs"):
+        run_pipeline(tiny_config(), tmp_path, force=True, progress=False, model=build_tiny_llama())
+    assert notes.read_text() == "not a run"
+
+
+def test_file_as_output_is_refused(tmp_path):
+    target = tmp_path / "afile"
+    target.write_text("x")
+    with pytest.raises(RunFolderError, match="is a file"):
+        run_pipeline(tiny_config(), target, progress=False, model=build_tiny_llama())
+
+
+def test_too_few_shots_fail_early(tmp_path):
+    benign = tmp_path / "two.jsonl"
+    benign.write_text('{"prompt": "Name a fruit."}\n{"prompt": "Name a colour."}\n')
+    out = tmp_path / "run"
+    config = tiny_config(benign=(str(benign),))
+    with pytest.raises(ValueError, match="benign train split has 1 example"):
+        run_pipeline(config, out, progress=False, model=build_tiny_llama())
+    assert not out.exists()
+
+
+def test_summary_lines_show_reasons():
+    estimate = {"value": 0.75, "low": 0.5, "high": 0.9}
+    claims = [
+        {"claim": "A", "harm_set": "x", "control": "y", "held": None, "note": "at chance"},
+        {"claim": "B", "harm_set": "", "control": "", "held": None, "note": "needs data"},
+        {"claim": "C", "harm_set": "x", "control": "y", "held": False, "note": "n"},
+    ]
+    lines = summary_lines(claims)
+    assert lines[0] == "A: not tested (harm set: x; compared with y) (at chance)"
+    assert lines[1] == "B: not tested (needs data)"
+    assert lines[2] == "C: NOT reproduced (harm set: x; compared with y)"
+    assert _fmt_rate(estimate) == "0.750 [0.500, 0.900]"
+
+
+@pytest.mark.parametrize("started", [False, True])
+def test_cli_interrupt_message(tmp_path, monkeypatch, capsys, started):
+    out = tmp_path / "run"
+
+    def interrupt(config, folder, **options):
+        if started:
+            folder_path = tmp_path / "run"
+            folder_path.mkdir()
+            (folder_path / "run.json").write_text("{}")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("harmcircuit.pipeline.run.run_pipeline", interrupt)
+    code = cli.main(["run", "--quick", "--out", str(out), "--no-progress"])
+    error = capsys.readouterr().err
+    assert code == 130
+    if started:
+        assert "rerun with --resume" in error
+    else:
+        assert "nothing was written to" in error

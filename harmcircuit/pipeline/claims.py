@@ -16,7 +16,13 @@ CAPABILITY_TOLERANCE = 0.05
 
 
 def _fmt(estimate: dict) -> str:
+    """Format a change with its interval, signs included."""
     return f"{estimate['value']:+.3f} [{estimate['low']:+.3f}, {estimate['high']:+.3f}]"
+
+
+def _fmt_rate(estimate: dict) -> str:
+    """Format a rate or accuracy with its interval."""
+    return f"{estimate['value']:.3f} [{estimate['low']:.3f}, {estimate['high']:.3f}]"
 
 
 def _above(a: dict, b: dict) -> bool:
@@ -53,9 +59,10 @@ def _compact(harm: dict, control: dict, config: RunConfig) -> dict:
         "weights) reduces harmful generation more than a random control, keeping capability",
         "metric": "harmful-response NLL change; factual accuracy change; compliance under prefill",
         "harm_set": f"ΔNLL {_fmt(harm['delta_harmful_nll'])}; Δfactual "
-        f"{_fmt(harm['delta_factual_accuracy'])}; compliance {_fmt(harm['compliance_rate'])}",
-        "control": f"ΔNLL {_fmt(control['delta_harmful_nll'])}; Δfactual "
-        f"{_fmt(control['delta_factual_accuracy'])}; compliance {_fmt(control['compliance_rate'])}",
+        f"{_fmt(harm['delta_factual_accuracy'])}; compliance {_fmt_rate(harm['compliance_rate'])}",
+        "control": f"random control: ΔNLL {_fmt(control['delta_harmful_nll'])}; Δfactual "
+        f"{_fmt(control['delta_factual_accuracy'])}; "
+        f"compliance {_fmt_rate(control['compliance_rate'])}",
         "held": held,
         "note": f"ΔNLL above control: {raises_harm}; factual drop within "
         f"{CAPABILITY_TOLERANCE:.0%}: {utility}; compliance below control: {compliance_lower}",
@@ -79,7 +86,8 @@ def _unified(transfer: dict) -> dict:
         "categories more than its control, and per-category sets overlap beyond chance",
         "metric": "mean off-diagonal ΔNLL of the transfer matrix; mean off-diagonal Jaccard",
         "harm_set": f"ΔNLL {harm_off:+.3f}; Jaccard {overlap:.3f}",
-        "control": f"ΔNLL {control_off:+.3f}; Jaccard expected by chance {expected:.2e}",
+        "control": f"random controls: ΔNLL {control_off:+.3f}; "
+        f"Jaccard expected by chance {expected:.2e}",
         "held": held,
         "note": f"{n} categories; cells are means over each category's test prompts",
     }
@@ -92,7 +100,7 @@ def _distinct(harm: dict) -> dict:
         "statement": "the harm set raises the NLL of harmful responses more than of benign ones",
         "metric": "NLL change on held-out harmful vs benign responses (nats per token)",
         "harm_set": f"harmful ΔNLL {_fmt(harm['delta_harmful_nll'])}",
-        "control": f"benign ΔNLL {_fmt(harm['delta_benign_nll'])}",
+        "control": f"benign responses: ΔNLL {_fmt(harm['delta_benign_nll'])}",
         "held": held,
         "note": "intervals: paired bootstrap over test examples",
     }
@@ -107,8 +115,8 @@ def _recognition(harm: dict, unpruned: dict) -> dict:
         "claim": "Generation is dissociated from recognition",
         "statement": statement,
         "metric": "recognition accuracy, harmful vs benign prompts (few-shot, next-token)",
-        "harm_set": f"{_fmt(after['accuracy'])} (chance {chance:.2f})",
-        "control": f"unpruned {_fmt(before['accuracy'])}",
+        "harm_set": f"{_fmt_rate(after['accuracy'])} (chance {chance:.2f})",
+        "control": f"unpruned model: {_fmt_rate(before['accuracy'])}",
     }
     if before["accuracy"]["low"] <= chance:
         return {**base, "held": None, "note": "not testable: the unpruned model is at chance"}
@@ -124,7 +132,7 @@ def _not_tested(claim: str, reason: str) -> dict:
         "harm_set": "",
         "control": "",
         "held": None,
-        "note": f"not tested by `harmcircuit run`: {reason}",
+        "note": f"`harmcircuit run` cannot test it: {reason}",
     }
 
 
@@ -135,8 +143,8 @@ def summary_lines(claims: list[dict]) -> list[str]:
     for claim in claims:
         line = f"{claim['claim']}: {words[claim['held']]}"
         if claim["harm_set"]:
-            line += f" (harm set: {claim['harm_set']}; control: {claim['control']})"
-        else:
+            line += f" (harm set: {claim['harm_set']}; compared with {claim['control']})"
+        if claim["held"] is None:
             line += f" ({claim['note']})"
         lines.append(line)
     return lines

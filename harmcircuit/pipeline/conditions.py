@@ -19,7 +19,7 @@ from harmcircuit.evaluation import (
 )
 from harmcircuit.masks import MaskedModel, WeightSelection
 from harmcircuit.pipeline.config import RunConfig
-from harmcircuit.pipeline.datasets import RunData
+from harmcircuit.pipeline.datasets import RECOGNITION_SHOTS, RunData
 from harmcircuit.pipeline.store import RunStore, stable_hash
 from harmcircuit.pipeline.weights import WeightSets, control_set_name, harm_set_name
 
@@ -131,7 +131,7 @@ def evaluate_headline(
             harmful = data.harmful_test.take(config.recognition_per_class)
             benign = data.benign_test.take(config.recognition_per_class)
             # Shots come from the train splits, so no shot is also an evaluated request.
-            shots = make_shots(data.harmful_train, data.benign_train, n_each=2)
+            shots = make_shots(data.harmful_train, data.benign_train, n_each=RECOGNITION_SHOTS)
             versus_benign = recognition_eval(
                 model, harmful, benign, shots=shots, progress=context.progress
             )

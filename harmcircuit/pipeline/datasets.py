@@ -11,6 +11,8 @@ logger = logging.getLogger(__name__)
 
 # Splitting needs at least this many examples in a category: one for train, one for test.
 MIN_PER_CATEGORY = 2
+# Few-shot examples per class in the recognition prompt, drawn from each train split.
+RECOGNITION_SHOTS = 2
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,12 @@ def load_run_prompts(config: RunConfig) -> tuple[PromptSet, PromptSet, PromptSet
     benign_train, benign_test = benign.stratified_split(
         config.test_fraction, seed=config.seed, min_per_category=MIN_PER_CATEGORY
     )
+    for label, train in (("harmful", harmful_train), ("benign", benign_train)):
+        if len(train) < RECOGNITION_SHOTS:
+            raise DataError(
+                f"the {label} train split has {len(train)} example(s), but the recognition "
+                f"prompt needs {RECOGNITION_SHOTS} from it; add {label} prompts"
+            )
     return harmful_train, harmful_test, benign_train, benign_test
 
 

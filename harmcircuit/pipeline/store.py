@@ -59,25 +59,29 @@ class RunStore:
         """Claim the folder for a run of ``config``.
 
         A folder that holds another run is refused unless ``resume`` (reuse its cached stages
-        that still match) or ``force`` (delete its contents first).
+        that still match) or ``force`` (delete its contents first). A non-empty folder without
+        a run is always refused, also with ``force``, so that a mistyped ``--out`` cannot delete
+        unrelated files.
         """
         run_file = self.folder / RUN_FILE
-        if force and self.folder.exists():
-            logger.info("--force: clearing %s", self.folder)
-            shutil.rmtree(self.folder)
+        if self.folder.exists() and not self.folder.is_dir():
+            raise RunFolderError(f"output path {self.folder} is a file; choose a folder for --out")
         if self.folder.exists() and any(self.folder.iterdir()):
             previous = self._read_run_file(run_file)
             if previous is None:
                 raise RunFolderError(
                     f"output folder {self.folder} is not empty and holds no harmcircuit run; "
-                    "choose another --out or pass --force to delete its contents"
+                    "choose another --out (--force only clears folders of earlier runs)"
                 )
-            if not resume:
+            if force:
+                logger.info("--force: clearing %s", self.folder)
+                shutil.rmtree(self.folder)
+            elif not resume:
                 raise RunFolderError(
                     f"output folder {self.folder} holds a run already; pass --resume to continue "
                     "it, --force to start over, or choose another --out"
                 )
-            if previous.get("config") != config:
+            elif previous.get("config") != config:
                 logger.warning(
                     "resuming in %s with changed settings: stages whose inputs changed rerun",
                     self.folder,

@@ -173,14 +173,14 @@ def summary_table(claims: Sequence[ClaimResult | Mapping[str, Any]]) -> str:
     """Build an HTML table of claims: metric, harm-set value, control value, outcome, note.
 
     Rows are ``ClaimResult`` objects or dicts with the same keys. The outcome column reads
-    "held", "not held" or "not tested" (``held`` ``True``, ``False`` or ``None``).
+    "held", "not reproduced" or "not tested" (``held`` ``True``, ``False`` or ``None``).
     """
     items = [_as_dataclass(ClaimResult, claim, index) for index, claim in enumerate(claims)]
     header = (
-        "<tr><th>claim</th><th>metric</th><th>harm set</th><th>random control</th>"
+        "<tr><th>claim</th><th>metric</th><th>harm set</th><th>compared with</th>"
         "<th>outcome</th><th>note</th></tr>"
     )
-    outcomes = {True: ("hc-held", "held"), False: ("hc-not-held", "not held")}
+    outcomes = {True: ("hc-held", "held"), False: ("hc-not-held", "not reproduced")}
     body = []
     for item in items:
         css, outcome = outcomes.get(item.held, ("hc-untested", "not tested"))
