@@ -241,7 +241,7 @@ def test_force_keeps_foreign_folder(tmp_path):
     assert notes.read_text() == "not a run"
 
 
-def test_file_as_output_is_refused(tmp_path):
+def test_file_as_output_is_rejected(tmp_path):
     target = tmp_path / "afile"
     target.write_text("x")
     with pytest.raises(RunFolderError, match="is a file"):
@@ -278,9 +278,8 @@ def test_cli_interrupt_message(tmp_path, monkeypatch, capsys, started):
 
     def interrupt(config, folder, **options):
         if started:
-            folder_path = tmp_path / "run"
-            folder_path.mkdir()
-            (folder_path / "run.json").write_text("{}")
+            out.mkdir()
+            (out / "run.json").write_text("{}")
         raise KeyboardInterrupt
 
     monkeypatch.setattr("harmcircuit.pipeline.run.run_pipeline", interrupt)

@@ -111,7 +111,8 @@ def _atomic_save(tensors: dict[str, Tensor], metadata: dict[str, str], path: Pat
     os.close(handle)
     try:
         save_file(tensors, temporary, metadata=metadata)
-        os.chmod(temporary, 0o644)  # mkstemp creates 0600; mask files are meant to be shared
+        # mkstemp creates files with mode 0600, but mask files are meant to be shared.
+        os.chmod(temporary, 0o644)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

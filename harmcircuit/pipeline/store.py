@@ -33,7 +33,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
-        os.chmod(temporary, 0o644)  # mkstemp creates 0600; run outputs are meant to be shared
+        # mkstemp creates files with mode 0600, but run outputs are meant to be shared.
+        os.chmod(temporary, 0o644)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -60,7 +61,7 @@ class RunStore:
 
         A folder that holds another run is refused unless ``resume`` (reuse its cached stages
         that still match) or ``force`` (delete its contents first). A non-empty folder without
-        a run is always refused, also with ``force``, so that a mistyped ``--out`` cannot delete
+        a run is always rejected, also with ``force``, so that a mistyped ``--out`` cannot delete
         unrelated files.
         """
         run_file = self.folder / RUN_FILE
